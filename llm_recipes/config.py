@@ -43,6 +43,10 @@ class DataConfig:
         default=None,
     )
     text_column: str = _help("Column holding the text.", default="text")
+    sample_by: str = _help(
+        "How .txt files split into documents: paragraph (blank-line separated), line, or document (whole file).",
+        default="paragraph",
+    )
     validation_split: str = _help("Name of the validation split in the source, when it has one.", default="validation")
     test_split: str = _help("Name of the test split in the source, when it has one.", default="test")
     validation_fraction: float = _help(
@@ -72,6 +76,8 @@ class DataConfig:
                 raise ConfigError(f"{name}={value} must be in [0, 0.5)")
         if self.block_size < 2:
             raise ConfigError(f"block_size={self.block_size} must be at least 2")
+        if self.sample_by not in ("paragraph", "line", "document"):
+            raise ConfigError(f"sample_by={self.sample_by!r} must be paragraph, line or document")
         if self.data_files and self.dataset_name:
             raise ConfigError("give either data_files or dataset_name, not both")
 
@@ -245,9 +251,17 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """Parse `--config recipe.yaml` plus command-line flags into one instance of each dataclass type."""
+def parse_config(
+    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, default_config: str | os.PathLike | None = None
+) -> tuple[Any, ...]:
+    """Parse `--config recipe.yaml` plus command-line flags into one instance of each dataclass type.
+
+    `default_config` is the recipe's own YAML, used when the command line names none.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    has_config = "--config" in argv or any(arg.startswith("--config=") for arg in argv)
+    if default_config is not None and not has_config:
+        argv = ["--config", str(default_config), *argv]
     parser = HfArgumentParser(dataclass_types)
     parser.add_argument("--config", type=str, default=None, help="A YAML recipe; command-line flags override it.")
     known = {action.dest for action in parser._actions} - {"help", "config"}

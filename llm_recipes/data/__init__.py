@@ -1,0 +1,1 @@
+"""Data: loading and validation, tokenizer training, tokenization and packing."""

@@ -222,13 +222,12 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
     stop = state.global_step >= max_steps
     model.train()
     while not stop:
-        if sampler is not None:
-            sampler.set_epoch(state.epoch)
-        elif hasattr(task.train_dataset, "set_epoch"):
-            task.train_dataset.set_epoch(state.epoch)
         loader = train_loader
         if state.micro_batches_in_epoch:
             loader = accelerator.skip_first_batches(train_loader, state.micro_batches_in_epoch)
+        # Accelerate's loaders count their own passes and re-seed the sampler with that count; a resumed run's
+        # count starts at 0, so name the epoch explicitly (it reaches our sampler or a streaming dataset).
+        loader.set_epoch(state.epoch)
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss

@@ -23,6 +23,7 @@ from llm_recipes.outputs import prepare_output_dir, save_pretrained_atomic  # no
 from llm_recipes.reporting import finish_run  # noqa: E402
 from llm_recipes.tasks.causal import (  # noqa: E402
     causal_lm_task,
+    data_fingerprint,
     language_report,
     obtain_tokenizer,
     packed_causal_datasets,
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     accelerator.print(f"Model: {count_parameters(model) / 1e6:.2f}M parameters ({model_cfg.model_preset} preset)")
 
     prompts = sample_prompts_from(raw["validation"], data_cfg.text_column, train_cfg.num_samples)
-    task = causal_lm_task(model, tokenizer, packed, prompts, train_cfg.sample_max_new_tokens)
+    fingerprint = data_fingerprint(raw["train"], tokenizer, data_cfg.block_size)
+    task = causal_lm_task(model, tokenizer, packed, prompts, train_cfg.sample_max_new_tokens, fingerprint)
     result = train(task, train_cfg, accelerator)
 
     trained = result.extras["model"]

@@ -191,12 +191,12 @@ def load_raw_datasets(
                 f"{source} [{split}]: column {', '.join(repr(c) for c in missing)} not found; available columns: "
                 f"{', '.join(columns) or 'none'} (set --text_column or the matching column option)"
             )
+    raw = split_train_validation_test(raw, cfg, seed)
     if cfg.max_train_documents is not None:
         train = raw["train"]
         raw["train"] = train.take(cfg.max_train_documents) if isinstance(train, IterableDataset) else train.select(
             range(min(cfg.max_train_documents, len(train)))
         )
-    raw = split_train_validation_test(raw, cfg, seed)
     if not isinstance(raw["train"], IterableDataset) and len(raw["train"]) == 0:
         raise DataError(f"{source}: the train split has no examples")
     return raw

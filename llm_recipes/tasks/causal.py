@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,21 @@ def packed_causal_datasets(raw, tokenizer, data_cfg: DataConfig, accelerator: Ac
     return packed
 
 
+def data_fingerprint(raw_train, tokenizer: PreTrainedTokenizerBase, *settings: Any) -> str:
+    """Identifies the training data a run sees: source, tokenizer vocabulary and preprocessing settings."""
+    digest = hashlib.sha256(str(getattr(raw_train, "_fingerprint", None)).encode())
+    digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else str(tokenizer).encode())
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()[:16]
+
+
 def causal_lm_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     packed: dict[str, Any],
     sample_prompts: list[str] | None = None,
     sample_max_new_tokens: int = 40,
+    fingerprint: str | None = None,
 ) -> Task:
     token_bytes = token_byte_lengths(tokenizer)
     block_size = packed["train"][0]["input_ids"].shape[-1] if isinstance(packed["train"], Dataset) else None
@@ -73,7 +83,7 @@ def causal_lm_task(
         make_evaluator=lambda: CausalLMEvaluator(token_bytes),
         flops_per_token=flops_per_token(model, block_size or 1024),
         on_evaluate=on_evaluate,
-        data_fingerprint=getattr(train, "_fingerprint", None),
+        data_fingerprint=fingerprint,
     )
 
 

@@ -50,6 +50,9 @@ class Task:
     count_tokens: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
     on_evaluate: Callable[[torch.nn.Module, Accelerator], dict[str, Any] | None] | None = None
     data_fingerprint: str | None = None
+    # Order of training examples; it must have `set_epoch(epoch)` and depend only on its seed and the epoch (for
+    # exact resumes). Default: `EpochShuffleSampler` (a length-grouped sampler suits padded classification batches).
+    train_sampler: Sampler[int] | None = None
 
 
 @dataclass
@@ -169,7 +172,7 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
     map_style = hasattr(task.train_dataset, "__len__")
-    sampler = EpochShuffleSampler(len(task.train_dataset), cfg.seed) if map_style else None
+    sampler = task.train_sampler or (EpochShuffleSampler(len(task.train_dataset), cfg.seed) if map_style else None)
     loader_kwargs = {"collate_fn": task.collate_fn, "num_workers": cfg.dataloader_num_workers}
     train_loader = DataLoader(task.train_dataset, cfg.per_device_train_batch_size, sampler=sampler, **loader_kwargs)
     eval_loaders = {

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -129,7 +129,7 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=trackers,
-        project_dir=cfg.output_dir,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=f"{cfg.output_dir}/runs"),
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         dynamo_backend="inductor" if cfg.torch_compile else None,
     )
@@ -205,6 +205,9 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
         accelerator.print(f"Resumed from {resume_path} at step {state.global_step}")
 
     global_batch = cfg.per_device_train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+    if accelerator.log_with:
+        hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(cfg).items()}
+        accelerator.init_trackers("llm-recipes", config=hyperparameters)
     if accelerator.is_main_process:
         accelerator.print(
             f"Training {max_steps} steps | global batch {global_batch} = {cfg.per_device_train_batch_size} per device "

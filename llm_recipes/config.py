@@ -309,5 +309,7 @@ def config_to_dict(*instances: Any) -> dict[str, Any]:
 
 def save_resolved_config(path: str | os.PathLike, *instances: Any) -> None:
     """Write the resolved recipe as YAML; it re-runs the same recipe with `--config`."""
+    from .hub import scrub_secrets
+
     resolved = {k: v for k, v in config_to_dict(*instances).items() if k != "resume_from_checkpoint"}
-    Path(path).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    Path(path).write_text(yaml.safe_dump(scrub_secrets(resolved), sort_keys=False), encoding="utf-8")

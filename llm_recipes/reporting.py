@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from .config import TrainConfig
+from .hub import scrub_secrets
 from .outputs import launch_command, write_run_files
 from .training import TrainResult
 
@@ -45,7 +46,7 @@ def finish_run(
         "train_tokens_per_second": result.tokens_seen / max(result.extras["train_seconds"], 1e-9),
         "global_batch_size": result.extras.get("global_batch"),
         "hardware": hardware_description(accelerator),
-        "launch_command": launch_command(),
+        "launch_command": scrub_secrets(launch_command()),
     }
     train_logs = [r for r in result.log_history if "mfu" in r]
     if train_logs:
@@ -59,10 +60,8 @@ def finish_run(
 
 
 def _publish(output_dir: Path, results: dict, result: TrainResult, train_cfg: TrainConfig, card: dict) -> None:
-    try:
-        from . import hub
-    except ImportError:  # the publishing module is optional in a partial checkout
-        return
+    from . import hub
+
     plot = hub.plot_training_curves(result.log_history, output_dir / "training_curves.png")
     metrics = {k: v for k, v in results.items() if isinstance(v, (int, float)) and k.startswith(("validation_", "test_"))}
     hub.write_model_card(
@@ -74,6 +73,7 @@ def _publish(output_dir: Path, results: dict, result: TrainResult, train_cfg: Tr
         wall_time_s=result.train_runtime_s,
         hardware=results["hardware"],
         plot_path=plot,
+        repo_id=train_cfg.hub_model_id,
         **card,
     )
     if train_cfg.push_to_hub:

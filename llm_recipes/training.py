@@ -33,6 +33,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .evaluation import Evaluator, measure_matmul_peak
+from .hub import scrub_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
     global_batch = cfg.per_device_train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
     if accelerator.log_with:
         hyperparameters = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(cfg).items()}
-        accelerator.init_trackers("llm-recipes", config=hyperparameters)
+        accelerator.init_trackers("llm-recipes", config=scrub_secrets(hyperparameters))
     if accelerator.is_main_process:
         accelerator.print(
             f"Training {max_steps} steps | global batch {global_batch} = {cfg.per_device_train_batch_size} per device "

@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "task_name": "Causal language modelling",
         "datasets": [data_cfg.dataset_name] if data_cfg.dataset_name else None,
         "dataset_fingerprint": task.data_fingerprint,
+        "dataset_label": data_cfg.dataset_name or ("local files" if data_cfg.data_files else
+                                                   "the embedded Python documentation corpus"),
+        "num_parameters": results["num_parameters"],
     }
     return finish_run(accelerator, result, results, train_cfg, (data_cfg, tok_cfg, model_cfg, train_cfg), card)
 

@@ -4,7 +4,9 @@ nothing dropped but the final partial block of each split."""
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,20 +64,74 @@ def pack_blocks(tokenized: Dataset, block_size: int) -> Dataset:
     return Dataset(pa.table({"input_ids": blocks}), fingerprint=f"{tokenized._fingerprint}-packed{block_size}")
 
 
-class PackedStream(torch.utils.data.IterableDataset):
-    """Blocks packed on the fly from a tokenized stream, for corpora larger than memory or disk."""
+def sliding_windows(tokenized: Dataset, block_size: int, stride: int) -> Dataset:
+    """Windows over the joined token stream for evaluation: each scores only tokens no earlier window scored.
 
-    def __init__(self, tokenized: IterableDataset, block_size: int) -> None:
+    With `stride == block_size` the windows are exactly the packed blocks; a smaller stride gives every scored token
+    at least `block_size - stride` tokens of context (documents longer than the context are then scored fairly).
+    """
+    if not 0 < stride <= block_size:
+        raise ValueError(f"stride={stride} must be in [1, block_size={block_size}]")
+    flat = np.concatenate([np.asarray(ids, dtype=np.int32) for ids in tokenized["input_ids"]] or [np.zeros(0)])
+    windows, labels, scored_until = [], [], 0
+    for start in range(0, max(len(flat) - block_size, -1) + 1, stride):
+        window = flat[start : start + block_size]
+        label = window.astype(np.int64)
+        label[: max(scored_until - start, 0)] = -100  # context only: scored by an earlier window
+        windows.append(window)
+        labels.append(label)
+        scored_until = start + block_size
+    return Dataset.from_dict({"input_ids": windows, "labels": labels}).with_format("torch")
+
+
+class PackedStream(torch.utils.data.IterableDataset):
+    """Blocks packed on the fly from a tokenized stream, for corpora larger than memory or disk.
+
+    Resumable from a saved position, not by replaying: a position is the source stream's `state_dict()` before the
+    document the next block starts in, the tokens carried over from earlier documents, and the offset into that
+    document. The data loader reads ahead of training, so the stream remembers the position after each of its most
+    recent `history` blocks and the loop asks for the one matching what training actually consumed.
+    """
+
+    def __init__(self, tokenized: IterableDataset, block_size: int, history: int = 65_536) -> None:
         self.tokenized = tokenized
         self.block_size = block_size
+        self._recent: deque[dict[str, Any]] = deque(maxlen=history)
+        self._resume: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        buffer: list[int] = []
+        position, self._resume = self._resume or {"blocks": 0, "source": None, "carry": [], "offset": 0}, None
+        self._recent.clear()
+        if position["source"] is not None:
+            self.tokenized.load_state_dict(position["source"])
+        blocks, source, offset = position["blocks"], position["source"], position["offset"]
+        carry = list(position["carry"])
         for example in self.tokenized:
-            buffer.extend(int(i) for i in example["input_ids"])
-            while len(buffer) >= self.block_size:
-                block, buffer = buffer[: self.block_size], buffer[self.block_size :]
+            buffer = carry + [int(i) for i in example["input_ids"]]
+            while len(buffer) - offset >= self.block_size:
+                block = buffer[offset : offset + self.block_size]
+                offset += self.block_size
+                blocks += 1
+                self._recent.append({"blocks": blocks, "source": source, "carry": carry, "offset": offset})
                 yield {"input_ids": torch.tensor(block, dtype=torch.long)}
+            carry, offset = buffer[offset:], 0
+            source = self.tokenized.state_dict()  # the position before the next document
+
+    def stream_position(self, consumed_blocks: int) -> dict[str, Any] | None:
+        """The JSON-serialisable position after `consumed_blocks` blocks of the current pass (None: its start)."""
+        if consumed_blocks == 0:
+            return None
+        for position in reversed(self._recent):
+            if position["blocks"] == consumed_blocks:
+                return position
+        raise LookupError(
+            f"the stream no longer remembers block {consumed_blocks} (it kept the last {len(self._recent)}); "
+            "with dataloader_num_workers > 0 the position lives in the worker processes"
+        )
+
+    def resume_from(self, position: dict[str, Any] | None) -> None:
+        """The next pass starts right after `position` (call `set_epoch` with the saved epoch first)."""
+        self._resume = position
 
     def set_epoch(self, epoch: int) -> None:
         self.tokenized.set_epoch(epoch)
@@ -106,6 +162,8 @@ def prepare_lm_datasets(
 
 
 def collate_blocks(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack packed blocks; the labels are the inputs (the model shifts them)."""
+    """Stack packed blocks; the labels are the inputs (the model shifts them) unless the examples carry their own."""
     input_ids = torch.stack([torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples])
+    if "labels" in examples[0]:
+        return {"input_ids": input_ids, "labels": torch.stack([torch.as_tensor(e["labels"]) for e in examples])}
     return {"input_ids": input_ids, "labels": input_ids}

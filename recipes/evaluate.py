@@ -1,0 +1,33 @@
+"""Evaluate checkpoints on a dataset split, alone or side by side.
+
+    python recipes/evaluate.py --model outputs/pretrain --run_config outputs/pretrain --split test
+    python recipes/evaluate.py --model outputs/pretrain --compare outputs/finetune-causal --data_files notes/ \\
+        --split validation --output_file comparison.json
+    accelerate launch recipes/evaluate.py --model outputs/pretrain --run_config outputs/pretrain --stride 128
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from llm_recipes.checkpoint_evaluation import (  # noqa: E402
+    CONFIG_TYPES,
+    evaluate_checkpoints,
+    run_config_args,
+)
+from llm_recipes.config import parse_config  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, _ = parse_config(CONFIG_TYPES, argv)
+    args, data_cfg = parse_config(CONFIG_TYPES, run_config_args(args.run_config, argv))
+    return evaluate_checkpoints(args, data_cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Mean squared error as an offline `evaluate` module.
+
+Load it without the Hub: `evaluate.load("path/to/llm_recipes/metrics/mse")` or
+`llm_recipes.metrics.load_metric("mse")`. Values are float64, so results match NumPy exactly.
+"""
+
+import datasets
+import evaluate
+from sklearn.metrics import mean_squared_error
+
+_DESCRIPTION = """
+Mean squared error is the mean of the squared differences between predictions and references:
+MSE = (1 / n) * sum_i (y_i - x_i) ** 2.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list` of `float`): predicted values.
+    references (`list` of `float`): true values.
+    sample_weight (`list` of `float`, optional): one weight per example.
+Returns:
+    mse (`float`): 0 for a perfect fit; grows with the square of the errors.
+Examples:
+    >>> mse = evaluate.load("llm_recipes/metrics/mse")
+    >>> mse.compute(predictions=[2.5, 0.0, 2.0, 8.0], references=[3.0, -0.5, 2.0, 7.0])
+    {'mse': 0.375}
+"""
+
+_CITATION = """
+@article{scikit-learn,
+  title={Scikit-learn: Machine Learning in {P}ython},
+  author={Pedregosa, F. and Varoquaux, G. and Gramfort, A. and Michel, V. and Thirion, B. and Grisel, O. and
+          Blondel, M. and Prettenhofer, P. and Weiss, R. and Dubourg, V. and Vanderplas, J. and Passos, A. and
+          Cournapeau, D. and Brucher, M. and Perrot, M. and Duchesnay, E.},
+  journal={Journal of Machine Learning Research},
+  volume={12},
+  pages={2825--2830},
+  year={2011}
+}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class Mse(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
+            ),
+            reference_urls=[
+                "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.mean_squared_error.html"
+            ],
+        )
+
+    def _compute(self, predictions, references, sample_weight=None):
+        if len(references) == 0:
+            raise ValueError("mse needs at least one prediction and reference; got none.")
+        return {"mse": float(mean_squared_error(references, predictions, sample_weight=sample_weight))}

@@ -65,6 +65,11 @@ class DataConfig:
     )
     max_train_documents: int | None = _help("Use at most this many training documents (quick runs).", default=None)
     block_size: int = _help("Tokens per training sequence (packed block or maximum length).", default=256)
+    on_long_sequence: str = _help(
+        "What to do with an example longer than block_size (unpacked tasks): truncate (cut it and warn once with "
+        "the count) or error (stop, naming the split, row and length).",
+        default="truncate",
+    )
     preprocessing_num_workers: int | None = _help(
         "Processes for `datasets.map` tokenization (default: one per CPU core, at most 8).", default=None
     )
@@ -76,6 +81,8 @@ class DataConfig:
                 raise ConfigError(f"{name}={value} must be in [0, 0.5)")
         if self.block_size < 2:
             raise ConfigError(f"block_size={self.block_size} must be at least 2")
+        if self.on_long_sequence not in ("truncate", "error"):
+            raise ConfigError(f"on_long_sequence={self.on_long_sequence!r} must be truncate or error")
         if self.sample_by not in ("paragraph", "line", "document"):
             raise ConfigError(f"sample_by={self.sample_by!r} must be paragraph, line or document")
         if self.data_files and self.dataset_name:
@@ -176,6 +183,11 @@ class TrainConfig:
     early_stopping_patience: int | None = _help(
         "Stop after this many evaluations without improvement of metric_for_best_model.", default=None
     )
+    max_consecutive_nonfinite_steps: int = _help(
+        "Stop the run when this many optimizer steps in a row had a NaN/inf loss or gradient (each such update is "
+        "skipped and counted).",
+        default=10,
+    )
     resume_from_checkpoint: str | None = _help(
         "Resume from a checkpoint folder, or `latest` for the newest complete one in output_dir.", default=None
     )
@@ -200,7 +212,10 @@ class TrainConfig:
             self.per_device_eval_batch_size = self.per_device_train_batch_size
         if self.save_steps is None:
             self.save_steps = self.eval_steps
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps"):
+        for name in (
+            "per_device_train_batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
+            "max_consecutive_nonfinite_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):

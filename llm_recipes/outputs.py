@@ -14,6 +14,7 @@ from accelerate import Accelerator
 
 from .checkpoint import list_checkpoints
 from .config import TrainConfig, save_resolved_config
+from .hub import scrub_secrets
 
 RESULTS_FILE = "all_results.json"
 RECIPE_FILE = "recipe.yaml"
@@ -67,10 +68,11 @@ def _finite(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:
-    """JSON written to a temporary file and renamed, so a reader never sees half a file."""
+    """JSON written to a temporary file and renamed, so a reader never sees half a file; Hub tokens are scrubbed."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(_finite(payload), indent=2, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(_finite(payload), indent=2, default=str) + "\n"
+    temporary.write_text(scrub_secrets(text), encoding="utf-8")
     os.replace(temporary, path)
 
 

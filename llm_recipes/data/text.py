@@ -37,7 +37,7 @@ def tokenize_documents(
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         texts = [t for t in batch[text_column] if t is not None and t.strip()]
-        encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
         return {"input_ids": [np.asarray(ids + [eos], dtype=np.int32) for ids in encoded]}
 
     columns = dataset.column_names
@@ -151,6 +151,11 @@ def prepare_lm_datasets(
         if isinstance(tokenized, IterableDataset):
             packed[split] = PackedStream(tokenized, block_size)
             continue
+        if len(tokenized) == 0:
+            raise DataError(
+                f"{split} split: no document left after dropping blank ones (all {len(dataset)} are empty or "
+                "whitespace); check --text_column and the data"
+            )
         packed[split] = pack_blocks(tokenized, block_size).with_format("torch")
         if len(packed[split]) == 0:
             n_tokens = sum(len(ids) for ids in tokenized["input_ids"])

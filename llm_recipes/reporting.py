@@ -56,6 +56,7 @@ def finish_run(
         _publish(output_dir, results, result, train_cfg, card)
         print_summary(results)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes trackers and the process group: nothing collective may follow
     return results
 
 

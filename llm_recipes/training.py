@@ -296,7 +296,7 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
         split: evaluate(model, loader, task.make_evaluator(), accelerator, f"Evaluating {split}")
         for split, loader in eval_loaders.items()
     }
-    accelerator.end_training()
+    # Trackers stay open (and, in Accelerate 1.15, the process group too) until the recipe ends: `finish_run`.
     return TrainResult(
         global_step=state.global_step,
         tokens_seen=state.tokens_seen,

@@ -1,0 +1,1 @@
+"""The Gradio demo over saved checkpoints (`python app/app.py --help`)."""

@@ -194,7 +194,7 @@ def load_finetuning_data(data_cfg: DataConfig, sft_cfg: SFTConfig, seed: int):
         try:
             return data_format, load_raw_datasets(data_cfg, columns_by_format[data_format], seed)
         except DataError as error:
-            if "not found" not in str(error):
+            if "available columns" not in str(error):  # a missing file or bad data, not a missing column
                 raise
             errors.append(str(error))
     raise DataError(
@@ -274,7 +274,8 @@ def generate_answers(
     answers = []
     for prompt_turns, reference in conversations:
         text = tokenizer.apply_chat_template(prompt_turns, tokenize=False, add_generation_prompt=True)
-        input_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
+        input_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        input_ids = torch.tensor([input_ids], device=device)
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -301,7 +302,11 @@ def check_packing_isolation(model: PreTrainedModel, vocab_size: int, atol: float
     """Fail before training when this model's attention lets packed examples see each other.
 
     Runs two short random sequences packed in one row (positions restarting) and alone; their logits must match.
+    FlashAttention kernels (CUDA, half precision only) are not probed: transformers turns restarting position ids into
+    their variable-length form, which is the reference implementation of packing.
     """
+    if "flash" in model.config._attn_implementation:
+        return
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(0)

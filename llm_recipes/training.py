@@ -242,7 +242,7 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
     model.train()
     with PreemptionHandler() as preemption:
         while not stop:
-            loader = _epoch_loader(accelerator, train_loader, task.train_dataset, state, stream_position)
+            loader = _epoch_loader(accelerator, train_loader, task.train_dataset, sampler, state, stream_position)
             stream_position = None  # only the resumed epoch starts mid-way
             for batch in loader:
                 with accelerator.accumulate(model):
@@ -406,7 +406,7 @@ def _apply_update(accelerator, optimizer, scheduler, parameters, cfg, state, win
     return flags
 
 
-def _epoch_loader(accelerator: Accelerator, train_loader, dataset, state: LoopState, stream_position):
+def _epoch_loader(accelerator: Accelerator, train_loader, dataset, sampler, state: LoopState, stream_position):
     """The loader for the current epoch, starting at the saved data position.
 
     A map-style dataset skips the consumed batches through Accelerate's `SkipBatchSampler`, which drops index lists
@@ -421,8 +421,11 @@ def _epoch_loader(accelerator: Accelerator, train_loader, dataset, state: LoopSt
             logger.warning("the stream has no saved position: replaying %d batches", state.micro_batches_in_epoch)
         loader = accelerator.skip_first_batches(train_loader, state.micro_batches_in_epoch)
     # Accelerate's loaders count their own passes and re-seed the sampler with that count; a resumed run's count
-    # starts at 0, so name the epoch explicitly (it reaches our sampler or a streaming dataset).
+    # starts at 0, so name the epoch explicitly (it reaches a streaming dataset). Our sampler is told directly: with
+    # several processes the skipping loader nests it one level deeper than Accelerate's set_epoch looks.
     loader.set_epoch(state.epoch)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(state.epoch)
     return loader
 
 

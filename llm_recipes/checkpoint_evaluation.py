@@ -20,7 +20,7 @@ from transformers import AutoConfig
 from .config import DataConfig
 from .data.sources import load_raw_datasets
 from .data.text import collate_blocks, sliding_windows, tokenize_documents
-from .data.tokenizer import load_tokenizer, token_byte_lengths
+from .data.tokenizer import token_byte_lengths
 from .evaluation import CausalLMEvaluator
 from .outputs import write_json
 from .training import evaluate
@@ -28,7 +28,9 @@ from .training import evaluate
 
 @dataclass
 class EvaluateArguments:
-    model: str = field(metadata={"help": "Checkpoint to evaluate: an output folder, a LoRA adapter folder or a Hub id."})
+    model: str = field(
+        metadata={"help": "Checkpoint to evaluate: an output folder, a LoRA adapter folder or a Hub id."}
+    )
     compare: list[str] | None = field(
         default=None, metadata={"help": "More checkpoints evaluated on the same data and shown side by side."}
     )

@@ -64,7 +64,9 @@ def _publish(output_dir: Path, results: dict, result: TrainResult, train_cfg: Tr
     from . import hub
 
     plot = hub.plot_training_curves(result.log_history, output_dir / "training_curves.png")
-    metrics = {k: v for k, v in results.items() if isinstance(v, (int, float)) and k.startswith(("validation_", "test_"))}
+    metrics = {
+        k: v for k, v in results.items() if isinstance(v, (int, float)) and k.startswith(("validation_", "test_"))
+    }
     hub.write_model_card(
         output_dir,
         results=metrics,

@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     with accelerator.main_process_first():
         raw = load_raw_datasets(data_cfg, seed=train_cfg.seed)
-    tokenizer = obtain_tokenizer(raw, data_cfg, tok_cfg, accelerator, output_dir, bool(train_cfg.resume_from_checkpoint))
+    resuming = bool(train_cfg.resume_from_checkpoint)
+    tokenizer = obtain_tokenizer(raw, data_cfg, tok_cfg, accelerator, output_dir, resuming)
     packed = packed_causal_datasets(raw, tokenizer, data_cfg, accelerator)
 
     special_ids = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,

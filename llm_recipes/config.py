@@ -196,6 +196,11 @@ class TrainConfig:
         default="none",
     )
     torch_compile: bool = _help("Compile the model with torch.compile (pays off on long runs).", default=False)
+    cpu_threads: int = _help(
+        "Threads per process when training on CPU. 0: this machine's usable cores divided among its processes "
+        "(`accelerate launch` without a config file pins OMP_NUM_THREADS=1, which would leave cores idle).",
+        default=0,
+    )
     dataloader_num_workers: int = _help("Data-loader worker processes.", default=0)
     num_samples: int = _help("Sample generations written at the end of a causal-LM run.", default=3)
     sample_max_new_tokens: int = _help("Length of each sample generation.", default=60)
@@ -218,6 +223,8 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.cpu_threads < 0:
+            raise ConfigError(f"cpu_threads={self.cpu_threads} must be 0 (automatic) or a positive number of threads")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision={self.mixed_precision!r} must be one of auto, no, bf16, fp16")
         if self.load_best_model_at_end and self.save_steps and self.save_steps % self.eval_steps:

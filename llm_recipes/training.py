@@ -148,8 +148,19 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         dynamo_backend="inductor" if cfg.torch_compile else None,
     )
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads or cpu_threads_per_process(accelerator.num_processes))
     set_seed(cfg.seed)
     return accelerator
+
+
+def cpu_threads_per_process(num_processes: int) -> int:
+    """This machine's usable cores shared among the processes running on it (at least one each)."""
+    local_processes = int(
+        os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or num_processes
+    )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, usable // max(1, local_processes))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -229,6 +240,7 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
             f"Training {max_steps} steps | global batch {global_batch} = {cfg.per_device_train_batch_size} per device "
             f"x {accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation | "
             f"precision {accelerator.mixed_precision} | device {accelerator.device}"
+            + (f" ({torch.get_num_threads()} threads)" if accelerator.device.type == "cpu" else "")
         )
     peak_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     peak_flops = measure_matmul_peak(accelerator.device, peak_dtype) if task.flops_per_token else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,3 +77,24 @@ def test_saved_model_reloads_with_identical_logits_and_generates(text_corpus: Pa
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
     out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert out.shape[1] <= inputs["input_ids"].shape[1] + 5
+
+
+@pytest.mark.parametrize(("cpu_threads", "local_processes", "share"), [(0, "1", 1.0), (0, "2", 0.5), (1, "1", None)])
+def test_cpu_threads_use_the_cores_accelerate_launch_leaves_idle(
+    cpu_threads: int, local_processes: str, share: float | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`accelerate launch` without a config pins OMP_NUM_THREADS=1; the loop gives each process its share of cores."""
+    from llm_recipes.config import TrainConfig
+    from llm_recipes.training import build_accelerator
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs at least 2 usable cores to tell the settings apart")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 leaves
+    try:
+        build_accelerator(TrainConfig(output_dir=str(tmp_path), cpu_threads=cpu_threads, report_to="none"))
+        assert torch.get_num_threads() == (int(cores * share) if share else cpu_threads)
+    finally:
+        torch.set_num_threads(previous)

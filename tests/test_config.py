@@ -61,3 +61,11 @@ def test_invalid_values_are_named() -> None:
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.yaml"):
         parse_config([DataConfig, TrainConfig], ["--config", str(tmp_path / "nope.yaml")])
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "recipes").glob("*.py")), ids=lambda p: p.name)
+def test_no_recipe_script_shadows_a_library_it_imports(script: Path) -> None:
+    """`python recipes/x.py` puts recipes/ first on sys.path: recipes/evaluate.py would hide the `evaluate` library."""
+    import importlib.util
+
+    assert importlib.util.find_spec(script.stem) is None, f"{script} shadows the installed module {script.stem!r}"

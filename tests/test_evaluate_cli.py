@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY_PRETRAIN, load_recipe
 
 pretrain = load_recipe("pretrain")
-evaluate_recipe = load_recipe("evaluate")
+evaluate_recipe = load_recipe("evaluate_checkpoint")
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 """Evaluate checkpoints on a dataset split, alone or side by side.
 
-    python recipes/evaluate.py --model outputs/pretrain --run_config outputs/pretrain --split test
-    python recipes/evaluate.py --model outputs/pretrain --compare outputs/finetune-causal --data_files notes/ \\
-        --split validation --output_file comparison.json
-    accelerate launch recipes/evaluate.py --model outputs/pretrain --run_config outputs/pretrain --stride 128
+    python recipes/evaluate_checkpoint.py --model outputs/pretrain --run_config outputs/pretrain --split test
+    python recipes/evaluate_checkpoint.py --model outputs/pretrain --compare outputs/finetune-causal \\
+        --data_files notes/ --split validation --output_file comparison.json
+    accelerate launch recipes/evaluate_checkpoint.py --model outputs/pretrain --run_config outputs/pretrain \\
+        --stride 128
 """
 
 from __future__ import annotations

@@ -125,3 +125,15 @@ def test_bad_input_fails_fast_naming_the_culprit(tmp_path: Path, make, columns, 
     path = make(tmp_path)
     with pytest.raises(DataError, match=message):
         load_raw_datasets(DataConfig(data_files=[str(path)]), required_columns=columns)
+
+
+def test_streamed_documents_drop_blanks_even_when_the_stream_does_not_know_its_columns(tokenizer) -> None:
+    """A generator-backed stream reports no column names; blank documents must still be dropped, not crash the map."""
+    from datasets import IterableDataset
+
+    texts = ["", "first document", "   ", "second document", None, "third"]
+    stream = IterableDataset.from_generator(lambda: ({"text": t, "source": "x"} for t in texts))
+    assert stream.column_names is None
+    rows = list(tokenize_documents(stream, tokenizer, "text"))
+    assert [tokenizer.decode(r["input_ids"][:-1]) for r in rows] == ["first document", "second document", "third"]
+    assert all(set(r) == {"input_ids"} for r in rows)

@@ -42,6 +42,8 @@ def tokenize_documents(
 
     columns = dataset.column_names
     if isinstance(dataset, IterableDataset):
+        # Blank documents are dropped, so every input column must go; a stream may not know its columns up front.
+        columns = columns or list(next(iter(dataset.take(1)), {}))
         return dataset.map(tokenize, batched=True, remove_columns=columns)
     return dataset.map(
         tokenize,

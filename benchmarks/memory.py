@@ -76,7 +76,7 @@ def b7_lora_memory(corpus: Corpus, scale: Scale, workdir: Path) -> list[Figure]:
         Figure("B7 LoRA+checkpointing / full", "peak RSS: LoRA + gradient checkpointing / full fine-tuning",
                paired_ratios(peak["lora_checkpointing"], peak["full"]), target=0.6, target_is_max=True,
                details={"see": "B7 LoRA / full memory"},
-               note="a lever the loop does not expose yet (gradient checkpointing): see the proposed diff"),
+               note="the loop's --gradient_checkpointing true"),
     ]
 
 

@@ -154,6 +154,15 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant checkpointing, which also works when the inputs need no grad (LoRA's frozen embeddings)."""
+    if not getattr(model, "supports_gradient_checkpointing", True) or not hasattr(
+        model, "activation_checkpointing_enable"
+    ):
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def cpu_threads_per_process(num_processes: int) -> int:
     """This machine's usable cores shared among the processes running on it (at least one each)."""
     local_processes = int(
@@ -211,6 +220,8 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
         for split, dataset in task.eval_datasets.items()
     }
     identity = _run_identity(task, cfg, accelerator)  # before prepare(): names and shapes of the plain model
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(task.model)
     optimizer = build_optimizer(task.model, cfg, accelerator.device)
     model, optimizer, train_loader, *prepared_eval = accelerator.prepare(
         task.model, optimizer, train_loader, *eval_loaders.values()

@@ -98,3 +98,20 @@ def test_cpu_threads_use_the_cores_accelerate_launch_leaves_idle(
         assert torch.get_num_threads() == (int(cores * share) if share else cpu_threads)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_losses(text_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """Recomputed activations give the same updates; the flag really turns checkpointing on in the model."""
+    from llm_recipes import training
+
+    enabled = []
+    original = training.enable_gradient_checkpointing
+    monkeypatch.setattr(training, "enable_gradient_checkpointing", lambda m: (original(m), enabled.append(m))[0])
+    args = ["--max_steps", "6", "--eval_steps", "6", "--max_train_documents", "12"]
+    run_pretrain(text_corpus, tmp_path / "plain", *args)
+    run_pretrain(text_corpus, tmp_path / "checkpointed", *args, "--gradient_checkpointing", "true")
+    assert len(enabled) == 1 and enabled[0].is_activation_checkpointing
+    plain, checkpointed = train_losses(tmp_path / "plain"), train_losses(tmp_path / "checkpointed")
+    assert plain.keys() == checkpointed.keys()
+    for step, loss in plain.items():
+        assert checkpointed[step] == pytest.approx(loss, abs=1e-5), step

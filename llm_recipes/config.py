@@ -245,7 +245,7 @@ class TrainConfig:
             raise ConfigError("set max_steps > 0 or num_train_epochs > 0")
 
 
-def _yaml_to_argv(values: dict[str, Any], known: set[str], source: str) -> list[str]:
+def yaml_to_argv(values: dict[str, Any], known: set[str], source: str) -> list[str]:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; see --help for the valid ones")
@@ -296,7 +296,7 @@ def parse_config(
     if "--config" in argv or any(arg.startswith("--config=") for arg in argv):
         config_args, argv = _split_config_flag(argv)
         for config_path in config_args:
-            yaml_argv += _yaml_to_argv(load_yaml(config_path), known, str(config_path))
+            yaml_argv += yaml_to_argv(load_yaml(config_path), known, str(config_path))
     flag_names = {arg.split("=", 1)[0][2:] for arg in argv if arg.startswith("--")}
     unknown = sorted(name for name in flag_names if name not in known and name != "help")
     if unknown:

@@ -236,6 +236,16 @@ def load_adapter_model(adapter_dir: str | os.PathLike, base_model_name_or_path: 
     return PeftModel.from_pretrained(base, adapter_dir)
 
 
+def load_model_or_adapter(
+    path: str | os.PathLike, auto_class: Any, trust_remote_code: bool = False
+) -> PreTrainedModel | PeftModel:
+    """What a fine-tuning run saved, in fp32: a LoRA adapter folder rebuilt on its base, or a full model loaded with
+    `auto_class` (e.g. AutoModelForMaskedLM), so callers need not know which kind a run produced."""
+    if (Path(path) / ADAPTER_CONFIG_FILE).is_file():
+        return load_adapter_model(path)
+    return auto_class.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+
+
 def merge_adapter(
     adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, base_model_name_or_path: str | None = None
 ) -> Path:

@@ -50,8 +50,9 @@ def _help(text: str, **kwargs: Any) -> Any:
 
 
 @dataclass
-class ClassificationConfig:
-    """What the labels are and how predictions are made (the text itself is DataConfig's text_column)."""
+class LabelConfig:
+    """What the labels are and how predictions are made (the text itself is DataConfig's text_column). A class of
+    its own so the evaluation command takes these settings (from a run's recipe.yaml) without the training ones."""
 
     label_column: str = _help(
         "Column holding the label: a class name or integer (single-label), a list of them (multi-label), or a "
@@ -77,6 +78,18 @@ class ClassificationConfig:
         "...`; use with --sample_by line): split it into the label and text columns.",
         default=False,
     )
+
+    def __post_init__(self) -> None:
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"problem_type={self.problem_type!r} must be one of {', '.join(PROBLEM_TYPES)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold={self.threshold} must be in (0, 1)")
+
+
+@dataclass
+class ClassificationConfig(LabelConfig):
+    """The recipe's classification settings: the labels plus batching, training and prediction."""
+
     group_by_length: bool = _help(
         "Batch training examples of similar length (less padding); the order still changes every epoch.",
         default=True,
@@ -94,10 +107,7 @@ class ClassificationConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.problem_type not in PROBLEM_TYPES:
-            raise ConfigError(f"problem_type={self.problem_type!r} must be one of {', '.join(PROBLEM_TYPES)}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"threshold={self.threshold} must be in (0, 1)")
+        super().__post_init__()
         if not self.do_train and not self.predict_file:
             raise ConfigError("do_train=false only predicts: give --predict_file")
 
@@ -133,7 +143,7 @@ def embedded_classification_dataset() -> DatasetDict:
     return DatasetDict({"train": dataset})
 
 
-def load_classification_data(data_cfg: DataConfig, cls_cfg: ClassificationConfig, seed: int) -> DatasetDict:
+def load_classification_data(data_cfg: DataConfig, cls_cfg: LabelConfig, seed: int) -> DatasetDict:
     """Raw train/validation/test splits with text (and pair) and label columns, from the configured source."""
     if data_cfg.data_files or data_cfg.dataset_name:
         columns = [data_cfg.text_column]
@@ -216,6 +226,22 @@ class LabelSpace:
             raise DataError(f"{where}: label {value!r} is not one of the train labels ({', '.join(self.names)})")
         return self.ids[key]
 
+    @classmethod
+    def from_model_config(cls, config, label_column: str = "label", problem_type: str = "auto") -> LabelSpace:
+        """The labels a trained classifier carries (`apply_to` in reverse), so evaluating it maps raw labels to its
+        ids whatever the data: names through label2id, and integer labels as indices when no name is an integer
+        (a run given --label_names for 0/1 labels). The config's problem_type wins over `problem_type`."""
+        if problem_type == "auto":
+            problem_type = REGRESSION if config.num_labels == 1 else SINGLE_LABEL
+        problem_type = config.problem_type or problem_type
+        if problem_type == REGRESSION:
+            return cls(REGRESSION, [label_column], {})
+        names = [str(config.id2label[i]) for i in range(config.num_labels)]
+        ids: dict[Any, int] = {_normalise(name): i for i, name in enumerate(names)}
+        if not any(isinstance(key, int) for key in ids):
+            ids.update({i: i for i in range(len(names))})
+        return cls(problem_type, names, ids)
+
     def apply_to(self, config) -> None:
         """Store the labels in a model config, so the saved model carries them."""
         config.num_labels = self.num_labels
@@ -245,7 +271,7 @@ def infer_problem_type(values: Sequence[Any]) -> str:
     return SINGLE_LABEL
 
 
-def build_label_space(raw: DatasetDict, cls_cfg: ClassificationConfig) -> LabelSpace:
+def build_label_space(raw: DatasetDict, cls_cfg: LabelConfig) -> LabelSpace:
     """Labels from the train split; an evaluation split with labels train lacks is an error naming them."""
     column = cls_cfg.label_column
     train_values = raw["train"][column]
@@ -368,6 +394,23 @@ class LengthGroupedEpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+
+def evaluation_split(
+    dataset: Dataset,
+    split: str,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: LabelSpace,
+    data_cfg: DataConfig,
+    cls_cfg: LabelConfig,
+    max_length: int,
+) -> Dataset:
+    """One labelled split tokenized and sorted by length, as a run evaluates it (for the evaluation command)."""
+    tokenized = tokenize_for_classification(
+        DatasetDict({split: dataset}), tokenizer, data_cfg.text_column, cls_cfg.text_pair_column, max_length,
+        labels, cls_cfg.label_column, data_cfg.preprocessing_num_workers,
+    )  # fmt: skip
+    return sorted_by_length(tokenized[split])
 
 
 def sorted_by_length(dataset: Dataset) -> Dataset:
@@ -519,9 +562,8 @@ def predict(
     threshold: float = 0.5,
 ) -> list[dict[str, Any]]:
     """One record per input row, in input order: the text(s), the predicted label(s) and their probabilities."""
-    config = model.config
-    problem_type = config.problem_type or (REGRESSION if config.num_labels == 1 else SINGLE_LABEL)
-    names = [config.id2label[i] for i in range(config.num_labels)]
+    labels = LabelSpace.from_model_config(model.config)
+    problem_type, names = labels.problem_type, labels.names
     encoded = tokenize_for_classification(
         DatasetDict({"predict": dataset}), tokenizer, text_column, pair_column, max_length
     )["predict"]
@@ -580,8 +622,6 @@ def default_encoder_path() -> str:
 
 def load_trained_classifier(path: str) -> PreTrainedModel:
     """A classifier saved by this recipe: a full model folder, or a LoRA adapter folder (rebuilt on its base)."""
-    if (Path(path) / "adapter_config.json").is_file():
-        from ..lora import load_adapter_model
+    from ..lora import load_model_or_adapter
 
-        return load_adapter_model(path)
-    return AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    return load_model_or_adapter(path, AutoModelForSequenceClassification)

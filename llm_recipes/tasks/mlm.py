@@ -44,8 +44,9 @@ def _help(text: str, **kwargs: Any) -> Any:
 
 
 @dataclass
-class MLMConfig:
-    """How tokens are masked, for training and for the (fixed) evaluation masks."""
+class MaskingConfig:
+    """How tokens are masked, for training and for the (fixed) evaluation masks; a class of its own so the evaluation
+    command takes these settings (from a run's recipe.yaml) without the training-only ones."""
 
     mlm_probability: float = _help("Share of tokens selected for prediction in each block.", default=0.15)
     whole_word_mask: bool = _help(
@@ -55,13 +56,19 @@ class MLMConfig:
     eval_mask_seed: int = _help(
         "Seed of the evaluation masks (the same masked tokens at every evaluation).", default=0
     )
-    eval_before_training: bool = _help(
-        "Evaluate the starting model on validation first (reported as validation_*_before_training).", default=False
-    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"mlm_probability={self.mlm_probability} must be in (0, 1)")
+
+
+@dataclass
+class MLMConfig(MaskingConfig):
+    """The recipe's masked-LM settings: the masking plus what only training uses."""
+
+    eval_before_training: bool = _help(
+        "Evaluate the starting model on validation first (reported as validation_*_before_training).", default=False
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -225,31 +232,49 @@ def mask_once(dataset: Dataset, collator: DataCollatorForLanguageModeling, batch
     return Dataset.from_dict(columns).with_format("torch")
 
 
+def split_blocks(
+    dataset: Dataset, split: str, tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig, mlm_cfg: MaskingConfig,
+    block_size: int,
+) -> Dataset:  # fmt: skip
+    """One split as unmasked blocks; an error naming the split when it holds less than one block."""
+    blocks = encoder_blocks(
+        dataset, tokenizer, data_cfg.text_column, block_size, mlm_cfg.whole_word_mask,
+        data_cfg.preprocessing_num_workers,
+    )  # fmt: skip
+    if len(blocks) == 0:
+        raise DataError(
+            f"{split} split: fewer tokens than one block of block_size={block_size}; lower --block_size or add data"
+        )
+    return blocks
+
+
+def evaluation_blocks(
+    dataset: Dataset, split: str, tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig, mlm_cfg: MaskingConfig,
+    block_size: int,
+) -> Dataset:  # fmt: skip
+    """One split's blocks masked once with `eval_mask_seed`: the same masked tokens at every evaluation of a run and
+    in the evaluation command (each split gets a fresh seeded collator, so a split's masks do not depend on others)."""
+    blocks = split_blocks(dataset, split, tokenizer, data_cfg, mlm_cfg, block_size)
+    return mask_once(blocks, masking_collator(tokenizer, mlm_cfg, seed=mlm_cfg.eval_mask_seed))
+
+
 def mlm_datasets(
-    raw, tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig, mlm_cfg: MLMConfig, block_size: int
+    raw, tokenizer: PreTrainedTokenizerBase, data_cfg: DataConfig, mlm_cfg: MaskingConfig, block_size: int
 ) -> dict[str, Dataset]:
     """Blocks per split; the evaluation splits masked once with `eval_mask_seed`."""
-    prepared = {}
-    for split, dataset in raw.items():
-        blocks = encoder_blocks(
-            dataset, tokenizer, data_cfg.text_column, block_size, mlm_cfg.whole_word_mask,
-            data_cfg.preprocessing_num_workers,
-        )  # fmt: skip
-        if len(blocks) == 0:
-            raise DataError(
-                f"{split} split: fewer tokens than one block of block_size={block_size}; lower --block_size or add "
-                "data"
-            )
-        if split != "train":
-            blocks = mask_once(blocks, masking_collator(tokenizer, mlm_cfg, seed=mlm_cfg.eval_mask_seed))
-        prepared[split] = blocks
+    prepared = {
+        split: (split_blocks if split == "train" else evaluation_blocks)(
+            dataset, split, tokenizer, data_cfg, mlm_cfg, block_size
+        )
+        for split, dataset in raw.items()
+    }
     if "validation" not in prepared:
         raise DataError("no validation split: give one or set --validation_fraction above 0")
     return prepared
 
 
 def masking_collator(
-    tokenizer: PreTrainedTokenizerBase, mlm_cfg: MLMConfig, seed: int | None = None
+    tokenizer: PreTrainedTokenizerBase, mlm_cfg: MaskingConfig, seed: int | None = None
 ) -> DataCollatorForLanguageModeling:
     return DataCollatorForLanguageModeling(
         tokenizer, mlm_probability=mlm_cfg.mlm_probability, whole_word_mask=mlm_cfg.whole_word_mask, seed=seed
@@ -260,7 +285,7 @@ class MaskingCollator:
     """Training blocks are masked on the fly; evaluation blocks arrive masked already (they carry labels) and are
     only stacked. One collator for both, as the loop uses a single `collate_fn`."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_cfg: MLMConfig) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_cfg: MaskingConfig) -> None:
         self.masking = masking_collator(tokenizer, mlm_cfg)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -306,7 +331,7 @@ def mlm_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     datasets: dict[str, Dataset],
-    mlm_cfg: MLMConfig,
+    mlm_cfg: MaskingConfig,
     block_size: int,
     fingerprint: str | None = None,
 ) -> Task:

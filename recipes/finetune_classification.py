@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         tokenizer,
         labels,
         cls_cfg,
-        train_cfg.per_device_train_batch_size,
+        train_cfg.per_device_train_batch_size * accelerator.num_processes,  # grouped per global batch: see there
         train_cfg.seed,
         fingerprint,
     )

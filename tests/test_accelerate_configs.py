@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, PrecisionType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+from conftest import free_port, requires_mpirun
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "accelerate_configs"
@@ -280,14 +279,8 @@ print(f"PROBE {accelerator.distributed_type.value} {accelerator.process_index}/{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="multi_cpu.yaml needs mpirun (apt-get install openmpi-bin)")
+@requires_mpirun
 def test_multi_cpu_config_starts_two_processes_in_one_gloo_group(tmp_path: Path):
     probe = tmp_path / "probe.py"
     probe.write_text(textwrap.dedent(PROBE))

@@ -12,15 +12,22 @@ import pickle
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_PRETRAIN, load_recipe
+from conftest import (
+    ROOT,
+    TINY_PRETRAIN,
+    child_env,
+    launch_two_cpu_processes,
+    load_recipe,
+    requires_mpirun,
+    wait_for,
+    wait_for_group_exit,
+)
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -564,22 +571,6 @@ def pretrain_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", **extra}
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    return env
-
-
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process ended (code {process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def kill_when_paused(args: list[str], tmp_path: Path, **hooks: str) -> None:
     """Start the recipe in a child process, wait for it to reach the hook's pause point, then `kill -9` it."""
     marker = tmp_path / "paused"
@@ -627,48 +618,16 @@ def test_kill_9_mid_run_and_mid_save_then_latest_reaches_the_same_weights(text_c
     }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch_two_cpu_processes(args: list[str], log: Path, **env: str) -> subprocess.Popen:
-    """`accelerate launch` with accelerate_configs/multi_cpu.yaml (2 processes through MPI) in its own session."""
-    command = [
-        "accelerate", "launch", "--config_file", str(ROOT / "accelerate_configs" / "multi_cpu.yaml"),
-        "--main_process_port", str(free_port()), str(CHILD), *args,
-    ]
-    with open(log, "wb") as handle:
-        return subprocess.Popen(command, cwd=ROOT, env=child_env(**env), stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def wait_for_group_exit(process: subprocess.Popen, timeout: float) -> None:
-    """The launcher, mpirun and the ranks have all exited."""
-    process.wait(timeout=timeout)
-
-    def group_gone() -> bool:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_for(group_gone, timeout, "mpirun to exit")
-
-
 @pytest.mark.slow
+@requires_mpirun
 def test_sigterm_through_accelerate_launch_stops_both_processes_at_the_same_step(text_corpus, tmp_path) -> None:
-    if shutil.which("mpirun") is None or not (ROOT / "accelerate_configs" / "multi_cpu.yaml").is_file():
-        pytest.skip("2 CPU processes under accelerate launch need MPI (mpirun) and accelerate_configs/multi_cpu.yaml")
     reference, run_dir = tmp_path / "reference", tmp_path / "run"
-    launcher = launch_two_cpu_processes(pretrain_args(text_corpus, reference), tmp_path / "reference.log")
+    launcher = launch_two_cpu_processes(CHILD, pretrain_args(text_corpus, reference), tmp_path / "reference.log")
     wait_for_group_exit(launcher, 900)
     assert (reference / "model.safetensors").is_file(), (tmp_path / "reference.log").read_text()[-3000:]
 
     log = tmp_path / "run.log"
-    launcher = launch_two_cpu_processes(pretrain_args(text_corpus, run_dir), log, RELIABILITY_STEP_DELAY="0.3")
+    launcher = launch_two_cpu_processes(CHILD, pretrain_args(text_corpus, run_dir), log, RELIABILITY_STEP_DELAY="0.3")
     wait_for(lambda: (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file(), 900,
              "checkpoint-2", launcher)
     os.killpg(launcher.pid, signal.SIGTERM)  # what a scheduler does: the whole job gets SIGTERM (mpirun forwards it)
@@ -685,8 +644,8 @@ def test_sigterm_through_accelerate_launch_stops_both_processes_at_the_same_step
             "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}  # each process wrote its part
     assert load_trainer_state(checkpoint)["world_size"] == 2
 
-    launcher = launch_two_cpu_processes([*pretrain_args(text_corpus, run_dir), "--resume_from_checkpoint", "latest"],
-                                        tmp_path / "resume.log")
+    resume_args = [*pretrain_args(text_corpus, run_dir), "--resume_from_checkpoint", "latest"]
+    launcher = launch_two_cpu_processes(CHILD, resume_args, tmp_path / "resume.log")
     wait_for_group_exit(launcher, 900)
     assert launcher.returncode == 0, (tmp_path / "resume.log").read_text()[-3000:]
     assert_same_weights(load_file(run_dir / "model.safetensors"), load_file(reference / "model.safetensors"))

@@ -111,9 +111,15 @@ def build_masked_lm(folder: Path, seed: int = 2) -> Path:
 
 
 def build_classifier(
-    folder: Path, labels: tuple[str, ...] = ("negative", "positive"), problem_type: str | None = None, seed: int = 3
+    folder: Path,
+    labels: tuple[str, ...] = ("negative", "positive"),
+    problem_type: str | None = None,
+    seed: int = 3,
+    **config_overrides,
 ) -> Path:
-    """Single-label by default; problem_type="multi_label_classification", or one label for regression."""
+    """Single-label by default; problem_type="multi_label_classification", or one label for regression.
+
+    `config_overrides` go into the BertConfig (e.g. hidden_dropout_prob=0.0 for runs that must match exactly)."""
     torch.manual_seed(seed)
     tokenizer = encoder_tokenizer()
     config = _bert_config(
@@ -122,6 +128,7 @@ def build_classifier(
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type=problem_type,
+        **config_overrides,
     )
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -392,9 +392,9 @@ class LengthGroupedEpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        # Mega-batches of 50 batches even on small datasets (transformers' default caps them at a quarter of the
-        # data, which leaves ~20% padding on a few thousand sentences); ties still break in random order.
-        indices = get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=50, generator=generator)
+        # transformers' mega-batches (up to 50 batches, at most a quarter of the data): sorting all of a small
+        # dataset at once makes batches that differ in what they hold, not only in length, and learning suffers.
+        indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
         # The short remainder group stays last: anywhere else it would shift every later loader batch off its group.
         full = len(indices) // self.batch_size

@@ -60,7 +60,7 @@ def test_streaming_mode_trains_from_a_stream(text_corpus: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_default_recipe_on_the_embedded_corpus_beats_unigram(tmp_path: Path) -> None:
-    """The README's main command, shortened: the embedded corpus, the default model, 30 steps."""
-    results = pretrain.main(["--output_dir", str(tmp_path / "out"), "--max_steps", "30", "--eval_steps", "30",
-                             "--save_steps", "30"])
+    """The README's main command, shortened: the embedded corpus, the default model, 60 of its 258 steps."""
+    results = pretrain.main(["--output_dir", str(tmp_path / "out"), "--max_steps", "60", "--eval_steps", "60",
+                             "--save_steps", "60"])
     assert results["validation_perplexity"] < results["validation_unigram_perplexity"]

@@ -202,8 +202,9 @@ class TrainConfig:
         default=False,
     )
     cpu_threads: int = _help(
-        "Threads per process when training on CPU. 0: this machine's usable cores divided among its processes "
-        "(`accelerate launch` without a config file pins OMP_NUM_THREADS=1, which would leave cores idle).",
+        "Threads per process when training on CPU. 0: this machine's usable cores divided among its processes, "
+        "whatever OMP_NUM_THREADS says (`accelerate launch` without a config file pins it to 1, which would leave "
+        "cores idle); set a number to share the machine with other jobs.",
         default=0,
     )
     dataloader_num_workers: int = _help("Data-loader worker processes.", default=0)

@@ -1,6 +1,6 @@
 """Fine-tune a checkpoint for sequence classification: single-label, multi-label or regression, full or LoRA.
 
-    accelerate launch recipes/finetune_classification.py    # offline: all-MiniLM-L6-v2 on stdlib docstrings, ~2 min
+    accelerate launch recipes/finetune_classification.py    # offline: all-MiniLM-L6-v2 on stdlib docstrings, ~4 min
     accelerate launch recipes/finetune_classification.py --config recipes/configs/finetune_classification_sst2.yaml
     accelerate launch recipes/finetune_classification.py \
         --config recipes/configs/finetune_classification_sst2_lora.yaml

@@ -213,6 +213,9 @@ def train(task: Task, cfg: TrainConfig, accelerator: Accelerator) -> TrainResult
     output_dir = Path(cfg.output_dir)
     map_style = hasattr(task.train_dataset, "__len__")
     sampler = task.train_sampler or (EpochShuffleSampler(len(task.train_dataset), cfg.seed) if map_style else None)
+    if hasattr(task.train_dataset, "history"):  # a resumable stream must remember as far back as the loader reads
+        read_ahead = 4 * cfg.per_device_train_batch_size * accelerator.num_processes
+        task.train_dataset.history = max(task.train_dataset.history, read_ahead)
     loader_kwargs = {"collate_fn": task.collate_fn, "num_workers": cfg.dataloader_num_workers}
     train_loader = DataLoader(task.train_dataset, cfg.per_device_train_batch_size, sampler=sampler, **loader_kwargs)
     eval_loaders = {

@@ -243,6 +243,23 @@ def test_packed_stream_continues_from_a_saved_position(consumed: int) -> None:
     assert [block["input_ids"].tolist() for block in fresh] == everything  # the next pass starts at the beginning
 
 
+def test_packed_stream_remembers_a_bounded_window_of_positions() -> None:
+    """A long stream must not keep a position for every block it ever yielded (memory would grow with the corpus)."""
+    stream = token_stream(documents=400, seed=1)
+    stream.history = 6
+    stream.set_epoch(0)
+    everything = [block["input_ids"].tolist() for block in stream]
+    assert len(everything) > 100
+    assert len(stream._documents) <= stream.history + 2  # at least one block per remembered document
+    consumed = len(everything) - 5  # within the window: still exact
+    fresh = token_stream(documents=400, seed=1)
+    fresh.set_epoch(0)
+    fresh.resume_from(json.loads(json.dumps(stream.stream_position(consumed))))
+    assert [block["input_ids"].tolist() for block in fresh] == everything[consumed:]
+    with pytest.raises(LookupError, match="no longer remembers block 3 .*history=6"):
+        stream.stream_position(3)
+
+
 def test_streaming_run_resumes_exactly_without_replaying(tmp_path, uninterrupted) -> None:
     model = tiny_model(HookedLlama).setup_hooks(signal_at={7: signal.SIGTERM})
     reads_before, reads_after = [], []

@@ -12,6 +12,8 @@ from accelerate import Accelerator
 
 from .config import TrainConfig
 from .hub import scrub_secrets
+from .lora import save_adapter_or_model
+from .modeling import count_parameters
 from .outputs import launch_command, write_run_files
 from .training import TrainResult
 
@@ -25,6 +27,21 @@ def hardware_description(accelerator: Accelerator) -> str:
         device = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     precision = "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision
     return f"{accelerator.num_processes} x {device} ({precision})"
+
+
+def save_fine_tuned(
+    accelerator: Accelerator, result: TrainResult, processing_class: Any, output_dir: Path, merge_lora: bool
+) -> dict[str, Any]:
+    """Save a fine-tuning run's model (full, or the LoRA adapter and optionally a merged copy) and return what every
+    fine-tuning recipe reports about it: final metrics by split, parameter counts, the folders written."""
+    trained = result.extras["model"]
+    saved = save_adapter_or_model(accelerator, trained, processing_class, output_dir, merge_lora)
+    return {
+        **{f"{split}_{k}": v for split, metrics in result.metrics.items() for k, v in metrics.items()},
+        "num_parameters": count_parameters(trained),
+        "trainable_parameters": count_parameters(trained, trainable_only=True),
+        "saved": {kind: str(path) for kind, path in saved.items()},
+    }
 
 
 def finish_run(

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from llm_recipes.config import DataConfig, ModelConfig, TrainConfig, parse_config  # noqa: E402
 from llm_recipes.generation import sample_completions  # noqa: E402
-from llm_recipes.lora import LoraConfigArgs, apply_lora, save_adapter_or_model  # noqa: E402
+from llm_recipes.lora import LoraConfigArgs, apply_lora  # noqa: E402
 from llm_recipes.modeling import count_parameters  # noqa: E402
 from llm_recipes.outputs import prepare_output_dir  # noqa: E402
-from llm_recipes.reporting import finish_run  # noqa: E402
+from llm_recipes.reporting import finish_run, save_fine_tuned  # noqa: E402
 from llm_recipes.tasks.causal import (  # noqa: E402
     causal_lm_task,
     data_fingerprint,
@@ -100,13 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = train(task, train_cfg, accelerator)
 
     trained = result.extras["model"]
-    saved = save_adapter_or_model(accelerator, trained, tokenizer, output_dir, lora_cfg.merge_lora)
-    results.update(
-        {f"{split}_{k}": v for split, metrics in result.metrics.items() for k, v in metrics.items()},
-        num_parameters=count_parameters(trained),
-        trainable_parameters=count_parameters(trained, trainable_only=True),
-        saved={kind: str(path) for kind, path in saved.items()},
-    )
+    results.update(save_fine_tuned(accelerator, result, tokenizer, output_dir, lora_cfg.merge_lora))
     if not chat:
         results.update(language_report(tokenizer, raw, datasets, len(tokenizer), data_cfg.text_column))
     if accelerator.is_main_process:

@@ -22,10 +22,10 @@ from peft import TaskType  # noqa: E402
 
 from llm_recipes.config import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, parse_config  # noqa: E402
 from llm_recipes.data.tokenizer import load_tokenizer  # noqa: E402
-from llm_recipes.lora import LoraConfigArgs, apply_lora, save_adapter_or_model  # noqa: E402
+from llm_recipes.lora import LoraConfigArgs, apply_lora  # noqa: E402
 from llm_recipes.modeling import count_parameters  # noqa: E402
 from llm_recipes.outputs import prepare_output_dir  # noqa: E402
-from llm_recipes.reporting import finish_run  # noqa: E402
+from llm_recipes.reporting import finish_run, save_fine_tuned  # noqa: E402
 from llm_recipes.tasks.causal import data_fingerprint  # noqa: E402
 from llm_recipes.tasks.classification import (  # noqa: E402
     ClassificationConfig,
@@ -101,15 +101,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = train(task, train_cfg, accelerator)
 
     trained = result.extras["model"]
-    saved = save_adapter_or_model(accelerator, trained, tokenizer, output_dir, lora_cfg.merge_lora)
     results = {
-        **{f"{split}_{k}": v for split, metrics in result.metrics.items() for k, v in metrics.items()},
+        **save_fine_tuned(accelerator, result, tokenizer, output_dir, lora_cfg.merge_lora),
         "problem_type": labels.problem_type,
         "label_names": labels.names,
-        "num_parameters": count_parameters(trained),
-        "trainable_parameters": count_parameters(trained, trainable_only=True),
         "train_examples": len(tokenized["train"]),
-        "saved": {kind: str(path) for kind, path in saved.items()},
     }
     if cls_cfg.predict_file and accelerator.is_main_process:
         records = predict(

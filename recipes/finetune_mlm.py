@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from llm_recipes.config import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, parse_config  # noqa: E402
 from llm_recipes.data.sources import load_raw_datasets  # noqa: E402
-from llm_recipes.lora import LoraConfigArgs, apply_lora, save_adapter_or_model  # noqa: E402
+from llm_recipes.lora import LoraConfigArgs, apply_lora  # noqa: E402
 from llm_recipes.modeling import count_parameters  # noqa: E402
 from llm_recipes.outputs import prepare_output_dir  # noqa: E402
-from llm_recipes.reporting import finish_run  # noqa: E402
+from llm_recipes.reporting import finish_run, save_fine_tuned  # noqa: E402
 from llm_recipes.tasks.causal import data_fingerprint  # noqa: E402
 from llm_recipes.tasks.mlm import (  # noqa: E402
     MLMConfig,
@@ -69,16 +69,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results.update({f"validation_{k}_before_training": v for k, v in before.items() if k != "masked_tokens"})
     result = train(task, train_cfg, accelerator)
 
-    trained = result.extras["model"]
-    saved = save_adapter_or_model(accelerator, trained, tokenizer, output_dir, lora_cfg.merge_lora)
     results.update(
-        {f"{split}_{k}": v for split, metrics in result.metrics.items() for k, v in metrics.items()},
-        num_parameters=count_parameters(trained),
-        trainable_parameters=count_parameters(trained, trainable_only=True),
+        save_fine_tuned(accelerator, result, tokenizer, output_dir, lora_cfg.merge_lora),
         newly_initialised_weights=new_weights,
         block_size=block_size,
         train_blocks=len(datasets["train"]),
-        saved={kind: str(path) for kind, path in saved.items()},
     )
     card = {
         "model_name": output_dir.name,
